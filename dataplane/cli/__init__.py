@@ -1,0 +1,1 @@
+"""The `dataplane` command line; each subcommand lives with the subpackage it drives."""
