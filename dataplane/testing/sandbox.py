@@ -126,34 +126,41 @@ class Sandbox:
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
-    """Terminate the process group the process leads (start_new_session), then reap it.
+    """Stop the process group the process leads (start_new_session) and reap what we can.
 
     The group is signalled by the recorded PGID even if the leader already exited, so that
-    children it left behind go too. The kernel does not reuse a PID while it names a live group.
+    children it left behind go too; the kernel does not reuse a PID that still names a group.
+    Members orphaned by the leader re-parent to us when we are a child subreaper (as under the
+    test suite's leak check), so they are reaped here; otherwise init reaps them.
     """
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-        if sig == signal.SIGTERM:
-            # The leader is gone; give the rest of its group the same grace, then force it.
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-    if proc.poll() is None:
+    if not _signal_group(proc.pid, signal.SIGTERM):
         proc.wait()
-    # Group members orphaned by the leader may have re-parented to us (a child subreaper, as
-    # under the test suite's leak check): reap those of this group so none stays a zombie.
+        return
+    if not _wait_group_gone(proc, grace):
+        _signal_group(proc.pid, signal.SIGKILL)
+        _wait_group_gone(proc, grace)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wait_group_gone(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
     while True:
+        proc.poll()
         try:
-            pid, _ = os.waitpid(-proc.pid, os.WNOHANG)
+            while os.waitpid(-proc.pid, os.WNOHANG)[0]:
+                pass
         except ChildProcessError:
-            break
-        if pid == 0:
-            time.sleep(0.01)
+            pass
+        if not _signal_group(proc.pid, 0):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)

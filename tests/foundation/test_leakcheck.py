@@ -1,5 +1,8 @@
 """The session-end leak check fails a run that leaves something behind, and names it."""
 
+import os
+import secrets
+import signal
 import textwrap
 
 import pytest
@@ -28,17 +31,21 @@ def test_leaked_namespace_fails_the_run_and_is_named(pytester):
 
 @pytest.mark.requires("root", "netns")
 def test_leaked_process_fails_the_run_and_is_named(pytester):
-    marker = unique_name("dpleak")
+    marker = f"31.{secrets.randbelow(10**6):06d}"  # a sleep duration nothing else uses
     pytester.makepyfile(textwrap.dedent(f"""
         import subprocess
 
         def test_leaks_a_daemon():
             # double fork: the daemon is re-parented, yet still found (pytest is a subreaper)
-            subprocess.run(["sh", "-c", "(exec -a {marker} sleep 30 &)"], check=True)
+            subprocess.run(["sh", "-c", "(sleep {marker} &)"], check=True)
     """))
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     assert result.ret != 0
-    result.stdout.fnmatch_lines(["*LEAK CHECK FAILED*", f"*process *{marker}*"])
+    result.stdout.fnmatch_lines(["*LEAK CHECK FAILED*", f"*process *sleep {marker}*"])
+    # the leaked daemon is ours to stop: find it by the PID the report names
+    for line in result.stdout.lines:
+        if f"sleep {marker}" in line and "process" in line:
+            os.kill(int(line.split("process ")[1].split(":")[0]), signal.SIGKILL)
 
 
 @pytest.mark.requires("root", "netns")
