@@ -131,6 +131,24 @@ class _Unsupported(Exception):
     pass
 
 
+class _Row(list):  # type: ignore[type-arg]
+    """One rule's fields in RULE_DTYPE order, set by name; many rows become one array at once."""
+
+    __slots__ = ()
+    INDEX = {name: i for i, (name, _) in enumerate(RULE_FIELDS)}
+    ZERO = [0] * len(RULE_FIELDS)
+
+    @classmethod
+    def new(cls) -> "_Row":
+        return cls(cls.ZERO)
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def,override]
+        return list.__getitem__(self, self.INDEX[key] if isinstance(key, str) else key)
+
+    def __setitem__(self, key, value):  # type: ignore[no-untyped-def,override]
+        list.__setitem__(self, self.INDEX[key] if isinstance(key, str) else key, value)
+
+
 def compile_table(table: R.Table, family: int = 4) -> CompiledTable:
     """Flatten `table` into arrays; rules the kernel path cannot express become FALLBACK rules."""
     names = list(table.chains)
@@ -146,22 +164,24 @@ def compile_table(table: R.Table, family: int = 4) -> CompiledTable:
         end[i] = len(ordered)
         if chain.policy is not None:
             policy[i] = V_DROP if chain.policy == "DROP" else V_ACCEPT
-    rules = np.zeros(len(ordered), RULE_DTYPE)
+    rows: list[tuple[int, ...]] = []
     patterns: dict[str, int] = {}
     multiport: list[tuple[int, int]] = []
     nth_initial: list[int] = []
     nth_keys: list[tuple[int, int]] = []
     fallback = 0
-    for i, rule in enumerate(ordered):
+    for rule in ordered:
+        row = _Row.new()
+        n_nth = len(nth_initial)
         try:
-            n_nth = len(nth_initial)
-            _compile_rule(rule, rules[i : i + 1], chain_index, patterns, multiport, nth_initial,
-                          nth_keys, family)
+            _compile_rule(rule, row, chain_index, patterns, multiport, nth_initial, nth_keys, family)
         except _Unsupported:
             del nth_initial[n_nth:], nth_keys[n_nth:]
-            rules[i] = np.zeros(1, RULE_DTYPE)[0]
-            rules[i]["target"] = T_FALLBACK
+            row = _Row.new()
+            row["target"] = T_FALLBACK
             fallback += 1
+        rows.append(tuple(row))
+    rules = np.array(rows, RULE_DTYPE) if rows else np.zeros(0, RULE_DTYPE)
     has_dst = (rules["flags"] & F_DST) != 0
     quick = np.where(has_dst, np.where((rules["neg"] & F_DST) != 0, QUICK_NE, QUICK_EQ), QUICK_NONE)
     return CompiledTable(table.name, family, chain_index, start, end, policy, rules,
@@ -179,12 +199,11 @@ def _iface_bit(name: str, patterns: dict[str, int]) -> int:
     return patterns[name]
 
 
-def _compile_rule(rule: R.Rule, out: np.ndarray, chains: dict[str, int], patterns: dict[str, int],
+def _compile_rule(rule: R.Rule, r: _Row, chains: dict[str, int], patterns: dict[str, int],
                   multiport: list[tuple[int, int]], nth: list[int], nth_keys: list[tuple[int, int]],
                   family: int) -> None:
     if rule.unknown is not None:
         raise _Unsupported(rule.unknown)
-    r = out[0]
     flags = neg = post = 0
     side_effect_seen = False
 
@@ -275,7 +294,7 @@ def _compile_rule(rule: R.Rule, out: np.ndarray, chains: dict[str, int], pattern
     _compile_target(rule.target, r, chains, family)
 
 
-def _compile_conntrack(m: R.ConntrackMatch | R.StateMatch, r: np.void, put) -> None:  # type: ignore[no-untyped-def]
+def _compile_conntrack(m: R.ConntrackMatch | R.StateMatch, r: _Row, put) -> None:  # type: ignore[no-untyped-def]
     if isinstance(m, R.StateMatch):
         r["ctstate"] = _bits(m.states, CT_BITS)
         put(F_CTSTATE, m.neg)
@@ -313,7 +332,7 @@ REJECT_CODES = {name: i for i, name in enumerate(sorted(set(R.REJECT_TYPES_4.val
 REJECT_NAMES = {i: n for n, i in REJECT_CODES.items()}
 
 
-def _compile_target(t: R.Target | None, r: np.void, chains: dict[str, int], family: int) -> None:
+def _compile_target(t: R.Target | None, r: _Row, chains: dict[str, int], family: int) -> None:
     if t is None:
         r["target"] = T_NONE
     elif isinstance(t, R.Verdict):
