@@ -54,12 +54,18 @@ class NatAction:
 
     `addr`/`port` are the chosen translation (port None = keep). MASQUERADE leaves `addr` None:
     the pipeline fills in the out-interface's address. `random_fully` is --random-fully.
+    `addr_max`/`port_max` close a range (`--to-destination a-b:p-q`; None = same as the minimum),
+    `random`/`persistent` are the targets' --random/--persistent.
     """
 
     kind: NatKind
     addr: IPAddress | None = None
     port: int | None = None
     random_fully: bool = False
+    addr_max: IPAddress | None = None
+    port_max: int | None = None
+    random: bool = False
+    persistent: bool = False
 
 
 @dataclass
@@ -88,6 +94,13 @@ class PacketMeta:
     ct_origdport: int | None = None
     ct_direction: str = "ORIGINAL"  # or "REPLY"
     ct_status: frozenset[str] = frozenset()  # e.g. {"DNAT", "SNAT", "CONFIRMED"}
+    # reply tuple (None = the inverse of the original tuple, i.e. no NAT) and seconds left
+    ct_replsrc: IPAddress | None = None
+    ct_repldst: IPAddress | None = None
+    ct_replsport: int | None = None
+    ct_repldport: int | None = None
+    ct_expire: int | None = None
+    ttl: int = 64  # IPv4 TTL / IPv6 hop limit (-m recent --rttl)
 
     @classmethod
     def make(cls, src: str, dst: str, proto: str | int, sport: int = 0, dport: int = 0,

@@ -22,7 +22,6 @@ ARP in the kernel (and fail), which the engine does not model. Packets the node 
 
 from __future__ import annotations
 
-import os
 import secrets
 import select
 import socket
@@ -136,6 +135,15 @@ class NetfilterLab:
     _client_cap: socket.socket | None = None
     _backend_cap: socket.socket | None = None
     _token: int = 0
+    _flows: list[Flow] = field(default_factory=list)
+    _raw4: socket.socket | None = None
+    _raw6: socket.socket | None = None
+    _lo_cap: socket.socket | None = None
+    _local: dict[int, bytes] | None = None
+
+    @property
+    def _ack_token(self) -> int:
+        return (self._token + (1 << 31)) & 0xFFFFFFFF
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -173,7 +181,11 @@ class NetfilterLab:
                                       f"net.ipv4.conf.{NODE_CLIENT_IF}.rp_filter": 0,
                                       f"net.ipv4.conf.{NODE_BACKEND_IF}.rp_filter": 0,
                                       "net.ipv4.icmp_ratelimit": 0, "net.ipv4.icmp_msgs_per_sec": 1000000,
-                                      "net.ipv4.icmp_msgs_burst": 1000000, "net.ipv6.icmp.ratelimit": 0})):
+                                      "net.ipv4.icmp_msgs_burst": 1000000, "net.ipv6.icmp.ratelimit": 0,
+                                      # probes routed back out eth0 would draw ICMP redirects
+                                      "net.ipv4.conf.all.send_redirects": 0,
+                                      "net.ipv4.conf.default.send_redirects": 0,
+                                      f"net.ipv4.conf.{NODE_CLIENT_IF}.send_redirects": 0})):
             _sysctl(ns, conf)
         from pyroute2 import IPRoute
 
@@ -258,8 +270,11 @@ class NetfilterLab:
             raise LabError(f"probe id {probe_id} out of range")
         marker = _MARK + struct.pack("!II", self._token, probe_id)
         if flow.proto == "tcp":
+            # the id rides in the sequence number, and in the ACK number (another token space) so
+            # that a reset answering an ACK segment, whose sequence is that ACK number, names it too
             return pkt.build(flow.src, flow.dst, "tcp", sport=flow.sport, dport=flow.dport,
-                             flags=flow.tcp_flags, seq=(self._token + probe_id) & 0xFFFFFFFF)
+                             flags=flow.tcp_flags, seq=(self._token + probe_id) & 0xFFFFFFFF,
+                             ack=(self._ack_token + probe_id) & 0xFFFFFFFF if "A" in flow.tcp_flags.upper() else 0)
         if flow.proto == "udp":
             return pkt.build(flow.src, flow.dst, "udp", sport=flow.sport, dport=flow.dport, payload=marker)
         if flow.proto in ("icmp", "icmpv6"):
@@ -267,30 +282,67 @@ class NetfilterLab:
         raise LabError(f"unsupported probe protocol {flow.proto!r} (tcp, udp or icmp)")
 
     def send(self, flows: Iterable[Flow], *, settle: float = 0.15, timeout: float = 5.0,
-             batch: int = 256) -> list[Observation]:
-        """Send one packet per flow from the client, in order; return what happened to each."""
+             batch: int = 256, origin: str = "client") -> list[Observation]:
+        """Send one packet per flow, in order; return what happened to each.
+
+        origin "client": injected on the client's link (the node sees it arrive on eth0:
+        PREROUTING first). origin "node": sent by a raw socket inside the node, a locally
+        generated packet (OUTPUT first), as host-network pods and the kubelet send; answers to
+        it and packets for the node itself are then seen on the node's loopback ("local").
+        """
+        if origin not in ("client", "node"):
+            raise LabError(f"origin must be client or node, not {origin!r}")
         flows = list(flows)
         self._token = secrets.randbits(32)  # a fresh run: late answers to earlier runs never match
+        self._flows = flows
         packets = [self.probe_packet(f, i) for i, f in enumerate(flows)]
         assert self._send is not None
         self._drain_all()  # leftovers from earlier runs
         seen_backend: dict[int, bytes] = {}
         seen_client: dict[int, tuple[str, bytes]] = {}
+        local: dict[int, bytes] = {}
+        self._local = local if origin == "node" else None
+        if origin == "node":
+            self._ensure_node_sockets()
+        send = self._send_frame if origin == "client" else self._send_local
         for start in range(0, len(packets), batch):
             for data in packets[start:start + batch]:
-                self._send_frame(data)
+                send(data)
             self._collect(seen_backend, seen_client, len(flows), wait=0)
         deadline = time.monotonic() + timeout
         quiet_since = time.monotonic()
-        count = len(seen_backend) + len(seen_client)
+        count = len(seen_backend) + len(seen_client) + len(local)
         while time.monotonic() < deadline and count < len(flows):
             self._collect(seen_backend, seen_client, len(flows), wait=0.02)
-            now_count = len(seen_backend) + len(seen_client)
+            now_count = len(seen_backend) + len(seen_client) + len(local)
             if now_count != count:
                 count, quiet_since = now_count, time.monotonic()
             elif time.monotonic() - quiet_since >= settle:
                 break
-        return [self._observe(i, f, seen_backend, seen_client) for i, f in enumerate(flows)]
+        self._local = None
+        out = [self._observe(i, f, seen_backend, seen_client) for i, f in enumerate(flows)]
+        return [Observation(o.flow, "local", packet=local[i]) if o.outcome == "dropped" and i in local
+                else o for i, o in enumerate(out)]
+
+    def _ensure_node_sockets(self) -> None:
+        if self._raw4 is not None:
+            return
+        with namespace.entered(self.node.name):
+            raw4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            raw6.setsockopt(socket.IPPROTO_IPV6, 36, 1)  # IPV6_HDRINCL
+        for s in (raw4, raw6):
+            self.sandbox.defer(f"raw socket in {self.node.name}", s.close)
+        self._raw4, self._raw6 = raw4, raw6
+        self._lo_cap = self._packet_socket(self.node, "lo")
+
+    def _send_local(self, data: bytes) -> None:
+        h = pkt.parse(data)
+        sock = self._raw4 if h.family == 4 else self._raw6
+        try:
+            sock.sendto(data, (str(h.dst), 0))  # type: ignore[union-attr]
+        except OSError:
+            pass  # EPERM/ENETUNREACH: the OUTPUT path refused it at once (DROP, no route)
 
     def _send_frame(self, data: bytes) -> None:
         ethertype = ETH_P_IP if data[0] >> 4 == 4 else ETH_P_IPV6
@@ -303,7 +355,9 @@ class NetfilterLab:
                 select.select([], [self._send], [], 0.05)
 
     def _drain_all(self) -> None:
-        for s in (self._client_cap, self._backend_cap):
+        for s in (self._client_cap, self._backend_cap, self._lo_cap):
+            if s is None:
+                continue
             while True:
                 try:
                     s.recvfrom(65535)  # type: ignore[union-attr]
@@ -313,6 +367,8 @@ class NetfilterLab:
     def _collect(self, backend: dict[int, bytes], client: dict[int, tuple[str, bytes]], n: int,
                  wait: float) -> None:
         socks = [self._backend_cap, self._client_cap]
+        if self._local is not None and self._lo_cap is not None:
+            socks.append(self._lo_cap)
         if wait:
             select.select(socks, [], [], wait)
         for s in socks:
@@ -334,7 +390,9 @@ class NetfilterLab:
                 if found is None or not 0 <= found[0] < n:
                     continue
                 pid, kind = found
-                if s is self._backend_cap and kind == "probe":
+                if s is self._lo_cap and kind == "probe":
+                    self._local.setdefault(pid, data)  # type: ignore[union-attr]
+                elif s is self._backend_cap and kind == "probe":
                     backend.setdefault(pid, data)
                 else:  # probes routed back, and REJECT answers wherever they went (a spoofed
                     client.setdefault(pid, (kind, data))  # source may live on the backend side)
@@ -343,14 +401,33 @@ class NetfilterLab:
         """(probe id, "probe"|"reply") for a captured packet carrying one of this run's probes."""
         h = pkt.parse(data)
         if h.inner is not None:
+            if (h.proto, h.icmp_type) in ((pkt.ICMP, 5), (pkt.ICMPV6, 137)):
+                return None  # a redirect is advice, not a verdict (and they are switched off)
             quote = data[h.l4_offset + 8:]
             pid = self._id_in(h.inner, quote)
             return (pid, "icmp-error") if pid is not None else None
         if h.proto == pkt.TCP and h.tcp_flags & pkt.TCP_RST:
-            pid = (h.tcp_ack - 1 - self._token) & 0xFFFFFFFF
-            return (pid, "tcp-reset") if pid < 1 << 24 else None
+            pid = self._reset_answer(h)
+            if pid is not None:
+                return pid, "tcp-reset"
         pid = self._id_in(h, data)
         return (pid, "probe") if pid is not None else None
+
+    def _reset_answer(self, h: pkt.Headers) -> int | None:
+        """The probe a RST answers (nf_send_reset: seq = the probe's ACK number if it had ACK set,
+        else seq 0 and ack = probe seq + SYN + FIN), or None when the RST is a probe itself."""
+        if not h.tcp_flags & pkt.TCP_ACK:
+            pid = (h.tcp_seq - self._ack_token) & 0xFFFFFFFF
+            ok = (pid < len(self._flows) and self._flows[pid].proto == "tcp"
+                  and "A" in self._flows[pid].tcp_flags.upper())
+            return pid if ok else None
+        for extra in (0, 1, 2):
+            pid = (h.tcp_ack - extra - self._token) & 0xFFFFFFFF
+            if pid < len(self._flows) and h.tcp_seq == 0 and self._flows[pid].proto == "tcp":
+                f = self._flows[pid].tcp_flags.upper()
+                if "A" not in f and extra == ("S" in f) + ("F" in f):
+                    return pid
+        return None
 
     def _id_in(self, h: pkt.Headers, data: bytes) -> int | None:
         if h.proto == pkt.TCP:
@@ -411,14 +488,6 @@ def _mac(ipr, index: int) -> bytes:  # type: ignore[no-untyped-def]
 
 def _mac_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
-
-
-def have_tools() -> str | None:
-    """None when this machine can run the lab, else why not."""
-    for tool in ("nsenter", "sysctl", "conntrack"):
-        if not any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/sbin"]):
-            return f"{tool} is not installed"
-    return None
 
 
 # ---------------------------------------------------------------------- comparing with the engine
