@@ -1,0 +1,1 @@
+"""IPAM plugins (host-local) and the helpers plugins use to delegate to one."""
