@@ -19,6 +19,7 @@ from typing import Protocol
 
 from dataplane.engine import packet as pkt
 from dataplane.engine.clock import Clock, ManualClock
+from dataplane.engine.rng import SplitMixRandom
 from dataplane.engine.conntrack import ORIGINAL, REPLY, Connection, ConntrackTable, Timeouts, Tracked
 from dataplane.engine.nat import Manip, Nat, NatRange, manip_of
 from dataplane.engine.node import Node, NoRoute
@@ -164,7 +165,8 @@ class Pipeline:
         self.node = node
         self.ruleset = ruleset
         self.clock = clock or ManualClock()
-        self.rng = random.Random(seed)
+        # SplitMix: the stream the numba evaluators reproduce (dataplane.engine.rng)
+        self.rng = SplitMixRandom(seed or 0)
         self.conntrack = ConntrackTable(self.clock, timeouts)
         self.nat = Nat(self.conntrack, self.rng)
         self.stages: list[Stage] = []  # extra steps at hooks (IPVS), run at their priorities

@@ -43,10 +43,21 @@ def ipam_type(config: dict) -> str:
 
 
 def run(plugin: str, command: str, args: CmdArgs) -> bytes:
-    """Exec the delegate for `command`; its stdout on success, its error re-raised otherwise."""
+    """Exec the delegate for `command`; its stdout on success, its error re-raised otherwise.
+
+    When the delegate found on CNI_PATH is one of our own installed plugins, it runs in this
+    thread instead (same env, stdin, netns and cwd, so the same answer) and saves an exec."""
     exe = find_in_path(plugin, args.path_dirs)
     env = dict(args.env)
     env["CNI_COMMAND"] = command
+    from dataplane.cni.runtime.pluginhost import inline_delegate
+
+    inline = inline_delegate(exe, env, args.stdin)
+    if inline is not None:
+        code, out = inline
+        if code != 0:
+            raise errors.from_output(out, b"")
+        return out
     try:
         proc = subprocess.run([exe], input=args.stdin, env=env, capture_output=True, timeout=120)
     except OSError as exc:
