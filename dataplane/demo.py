@@ -1,4 +1,5 @@
-"""`dataplane demo`: one CNI ADD/CHECK/DEL round trip through our plugins, shown step by step.
+"""`dataplane demo`: the README's main job. By default the embedded default scenario; with `--cni`,
+one CNI ADD/CHECK/DEL round trip through our plugins, shown step by step.
 
 It installs the plugin executables into a temporary folder, makes a scratch "node" namespace
 (where the plugins act, as on a real node) and a "pod" namespace, and drives them with the
@@ -161,15 +162,36 @@ def _quiet_del(cni, net, rt, node) -> None:  # type: ignore[no-untyped-def]
         cni.del_network_list(net, rt)
 
 
-@click.command("demo")
-@click.option("--plugin-dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Use the plugins in this folder instead (e.g. /usr/lib/cni for the Go reference).")
-def command(plugin_dir: str | None) -> None:
-    """CNI ADD, CHECK and DEL of one pod through our plugins, in scratch namespaces; leaves nothing."""
-    from dataplane.cni.runtime import CNIRuntimeError
+DEFAULT_SCENARIO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenario", "default.yaml")
 
+
+@click.command("demo")
+@click.option("--cni", "cni_only", is_flag=True,
+              help="Only one CNI ADD, CHECK and DEL of a pod through our plugins, shown step by step.")
+@click.option("--plugin-dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="With --cni: use the plugins in this folder instead (e.g. /usr/lib/cni for the Go reference).")
+@click.option("--dataplane", type=click.Choice(["emulated", "kernel"]), default=None,
+              help="Service dataplane for the default scenario (default: the scenario's own).")
+@click.option("--proxy-mode", type=click.Choice(["iptables", "ipvs", "nftables"]), default=None,
+              help="Proxy mode for the default scenario (default: the scenario's own).")
+@click.pass_context
+def command(ctx: click.Context, cni_only: bool, plugin_dir: str | None, dataplane: str | None,
+            proxy_mode: str | None) -> None:
+    """The main job: run the embedded default scenario (a two-node cluster of network namespaces,
+    pods wired through our CNI plugins, kube-proxy rules, real traffic checked); leaves nothing.
+
+    With --cni: one CNI ADD/CHECK/DEL round trip instead."""
     if os.geteuid() != 0:
         raise click.ClickException("the demo creates network namespaces: run it as root")
+    if not cni_only:
+        from dataplane.scenario.cli import run_cmd
+
+        click.secho(f"dataplane demo: running the default scenario ({DEFAULT_SCENARIO})", bold=True, err=True)
+        ctx.invoke(run_cmd, file=DEFAULT_SCENARIO, proxy_mode=proxy_mode, dataplane=dataplane,
+                   pod_network=None, json_path=None, pcap_dir=None, svg_path=None, trace=(), quiet=False)
+        return
+    from dataplane.cni.runtime import CNIRuntimeError
+
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         run_demo(plugin_dir)

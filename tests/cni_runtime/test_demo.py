@@ -31,7 +31,7 @@ def _leftovers() -> tuple[list[str], list[str]]:
 def test_demo_round_trip_and_cleanup():
     _ours_or_skip()
     before = _leftovers()
-    res = CliRunner().invoke(demo.command, [])
+    res = CliRunner().invoke(demo.command, ["--cni"])
     assert res.exit_code == 0, res.output
     out = res.output
     assert re.search(r"eth0@if\d+\s+UP\s+10\.244\.1\.\d+/24", out)
@@ -56,7 +56,7 @@ def test_demo_interrupted_after_add_removes_everything(monkeypatch):
         return real_show(ns, argv)
 
     monkeypatch.setattr(demo, "_show", interrupt_in_pod_listing)
-    res = CliRunner().invoke(demo.command, [])
+    res = CliRunner().invoke(demo.command, ["--cni"])
     assert res.exit_code == 130
     assert "interrupted; everything created was removed" in res.output
     assert "removed the namespaces" in res.output
@@ -68,7 +68,7 @@ def test_demo_on_go_plugins_hits_portmap_check_bug_and_still_cleans_up():
     """The Go portmap v1.1.1 CHECK looks for IPv6 rules it never made (fixed upstream later):
     the demo reports the plugin's error in one line and still removes everything, DEL included."""
     before = _leftovers()
-    res = CliRunner().invoke(demo.command, ["--plugin-dir", "/usr/lib/cni"])
+    res = CliRunner().invoke(demo.command, ["--cni", "--plugin-dir", "/usr/lib/cni"])
     assert res.exit_code == 1
     assert "1 packets transmitted, 1 received" in res.output
     assert "Error: could not check ipv6 dnat: chain CNI-DN-" in res.output
