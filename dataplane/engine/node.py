@@ -73,7 +73,9 @@ class Node:
         return addrs | set(self.extra_local)
 
     def is_local(self, addr: IPAddress) -> bool:
-        return addr.is_loopback or addr in self.local_addresses()
+        # no set copy: extra_local may hold one address per IPVS virtual IP (tens of thousands)
+        return (addr.is_loopback or addr in self.extra_local
+                or any(a.ip == addr for itf in self.interfaces for a in itf.addresses))
 
     def route(self, dst: IPAddress) -> RouteResult:
         """The routing decision for `dst` (raises NoRoute)."""
