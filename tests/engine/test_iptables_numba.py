@@ -34,7 +34,7 @@ def _neg(draw) -> str:  # type: ignore[no-untyped-def]
 
 
 @st.composite
-def rule_spec(draw, chain_index: int, table: str) -> str:  # type: ignore[no-untyped-def]
+def rule_spec(draw, chain_index: int, table: str, base: str = "") -> str:  # type: ignore[no-untyped-def]
     parts: list[str] = []
     if draw(st.integers(0, 3)) == 0:
         parts.append(f"{_neg(draw)}-s {draw(st.sampled_from(NETS))}")
@@ -92,7 +92,9 @@ def rule_spec(draw, chain_index: int, table: str) -> str:  # type: ignore[no-unt
     if later:
         targets += ["jump", "goto"]
     if table == "nat":
-        targets += ["DNAT", "SNAT", "MASQUERADE", "DNATRANGE"]
+        # iptables-restore (and our parser) refuse source NAT reachable from PREROUTING and
+        # destination NAT reachable from POSTROUTING
+        targets += ["DNAT", "DNATRANGE"] if base == "PREROUTING" else ["SNAT", "MASQUERADE"]
     t = draw(st.sampled_from(targets))
     if t == "jump":
         parts.append(f"-j {draw(st.sampled_from(later))}")
@@ -127,14 +129,14 @@ def rule_spec(draw, chain_index: int, table: str) -> str:  # type: ignore[no-unt
 @st.composite
 def ruleset_text(draw) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
     table = draw(st.sampled_from(["filter", "nat"]))
-    base = "INPUT" if table == "filter" else "PREROUTING"
+    base = "INPUT" if table == "filter" else draw(st.sampled_from(["PREROUTING", "POSTROUTING"]))
     builtins = ["INPUT", "FORWARD", "OUTPUT"] if table == "filter" else ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]
     policy = draw(st.sampled_from(["ACCEPT", "DROP"])) if table == "filter" else "ACCEPT"
     lines = [f"*{table}"]
     lines += [f":{c} {policy if c == base else 'ACCEPT'} [0:0]" for c in builtins]
     lines += [f":{c} - [0:0]" for c in USER_CHAINS]
     for idx, chain in [(-1, base)] + list(enumerate(USER_CHAINS)):
-        for spec in draw(st.lists(rule_spec(idx, table), max_size=6)):
+        for spec in draw(st.lists(rule_spec(idx, table, base), max_size=6)):
             lines.append(f"-A {chain} {spec}".rstrip())
     lines.append("COMMIT")
     return "\n".join(lines) + "\n", table, base
