@@ -153,7 +153,7 @@ class Branch:
 class _Walk:
     """The mutable state of one traversal."""
 
-    __slots__ = ("mark", "ct_mark", "trace", "evaluated", "draw", "addresses", "now")
+    __slots__ = ("mark", "ct_mark", "trace", "evaluated", "draw", "addresses", "now", "note")
 
     def __init__(self, packet: PacketMeta, draw: Callable[[int], bool], now: float,
                  addresses: Callable[[], HostAddresses]) -> None:
@@ -164,6 +164,7 @@ class _Walk:
         self.draw = draw
         self.addresses = addresses
         self.now = now
+        self.note = ""  # what the current rule's matches want the trace to say
 
 
 def _iface_match(rule_if: str, dev: str | None) -> bool:
@@ -306,11 +307,11 @@ class IptablesEvaluator:
                                              f"unknown rule not evaluated (assumed no match): {rule.unknown}"))
                 idx += 1
                 continue
-            note: list[str] = []
-            ok = self._rule_matches(rule, packet, w, note)
+            w.note = ""
+            ok = self._rule_matches(rule, packet, w)
             if record:
                 w.trace.append(TraceStep(table.name, chain.name, idx + 1, rule.text or rule.render(), ok,
-                                         "; ".join(note)))
+                                         w.note))
             idx += 1
             if not ok:
                 continue
@@ -385,7 +386,7 @@ class IptablesEvaluator:
                          r.port_hi if r and r.port_hi != r.port_lo else None, t.random, t.persistent)
 
     # ---- matching
-    def _rule_matches(self, rule: Rule, p: PacketMeta, w: _Walk, note: list[str]) -> bool:
+    def _rule_matches(self, rule: Rule, p: PacketMeta, w: _Walk) -> bool:
         if rule.src is not None and ((int(p.src) & rule.src.mask) == rule.src.addr) == rule.src_neg:
             return False
         if rule.dst is not None and ((int(p.dst) & rule.dst.mask) == rule.dst.addr) == rule.dst_neg:
@@ -397,11 +398,11 @@ class IptablesEvaluator:
         if rule.proto is not None and (p.proto == rule.proto) == rule.proto_neg:
             return False
         for i, m in enumerate(rule.matches):
-            if not self._match(m, rule, i, p, w, note):
+            if not self._match(m, rule, i, p, w):
                 return False
         return True
 
-    def _match(self, m: Match, rule: Rule, i: int, p: PacketMeta, w: _Walk, note: list[str]) -> bool:
+    def _match(self, m: Match, rule: Rule, i: int, p: PacketMeta, w: _Walk) -> bool:
         tm = type(m)
         if tm is CommentMatch:
             return True
@@ -410,7 +411,7 @@ class IptablesEvaluator:
         if tm is StatisticMatch:
             if m.mode == "random":
                 hit = w.draw(m.probability)
-                note.append(f"probability {m.probability_float:.11f} {'drawn' if hit else 'missed'}")
+                w.note = f"probability {m.probability_float:.11f} {'drawn' if hit else 'missed'}"
                 return hit != m.neg
             key = (id(rule), i)
             old = self._nth[key]
@@ -429,7 +430,7 @@ class IptablesEvaluator:
         if tm is MultiportMatch:
             return _multiport(m, p)
         if tm is IcmpMatch:
-            if m.type == 255:
+            if m.type == 255 and m.module == "icmp":
                 ok = True
             else:
                 ok = (p.icmp_type == m.type and p.icmp_code is not None

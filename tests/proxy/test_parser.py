@@ -56,6 +56,7 @@ def one_rule(spec: str, table: str = "filter", chain: str = "INPUT", family: int
     ('-m comment --comment "" -j ACCEPT', '-m comment --comment "" -j ACCEPT'),
     ("-m mark --mark 0x4000/0xffffffff -j ACCEPT", "-m mark --mark 0x4000 -j ACCEPT"),
     ("-m mark ! --mark 16/0x10 -j ACCEPT", "-m mark ! --mark 0x10/0x10 -j ACCEPT"),
+    ("-m mark --mark 010/0X1f -j ACCEPT", "-m mark --mark 0x8/0x1f -j ACCEPT"),  # strtoul base 0: octal
     ("-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
     ("-m conntrack --ctdir REPLY --ctorigdst 10.96.0.1/32 --ctstate NEW -j ACCEPT",
      "-m conntrack --ctstate NEW --ctorigdst 10.96.0.1 --ctdir REPLY -j ACCEPT"),
@@ -104,7 +105,13 @@ def test_canonical_rendering(given: str, canonical: str) -> None:
      "-p tcp -j SNAT --to-source 1.2.3.4-1.2.3.6:1000-2000 --random-fully"),
 ])
 def test_nat_targets_render_canonically(given: str, canonical: str) -> None:
-    assert one_rule(given, table="nat", chain="PREROUTING") == canonical
+    chain = "PREROUTING" if "DNAT" in given else "POSTROUTING"
+    assert one_rule(given, table="nat", chain=chain) == canonical
+
+
+def test_reject_is_filter_only() -> None:
+    err = _error("*mangle\n:INPUT ACCEPT [0:0]\n-A INPUT -j REJECT\nCOMMIT\n")
+    assert err.line == 3 and "only valid in the filter table" in str(err)
 
 
 def test_ipv6_rules() -> None:
@@ -213,11 +220,12 @@ def table(*rules: str, name: str = "filter") -> str:
     ("-A INPUT -s 1.1.1.1 -s 2.2.2.2 -j ACCEPT", "-s", "given twice"),
     ("-A INPUT -m comment --comment", "--comment", "needs 1 argument"),
     ('-A INPUT -m comment --comment "open', "", "unterminated"),
-    ("-I INPUT -j ACCEPT", "-I", "only -A"),
+    ("-I INPUT -j ACCEPT", "-I", "only -A, -N, -F, -X"),
     ("-A NOPE -j ACCEPT", "-A", "does not exist"),
     ("-A INPUT -j MARK --set-mark 1 --or-mark 2", "--set-xmark", "exactly one"),
     ("-A INPUT -m conntrack --ctstate NEWISH -j ACCEPT", "--ctstate", "unknown value 'NEWISH'"),
     ("-A INPUT -j X -j Y", "-j", "given twice"),
+    ("-A INPUT -m mark --mark 1_000 -j ACCEPT", "--mark", "invalid number"),
     ("-A INPUT -m statistic --mode random --probability 0.5 --every 2 -j X", "--every", "--mode nth"),
 ])
 def test_strict_errors_name_line_and_option(rule: str, option: str, words: str) -> None:
@@ -246,6 +254,30 @@ def test_structural_errors(text: str, line: int, words: str) -> None:
     assert err.line == line and words in str(err), err
     # structural errors are errors in lenient mode too
     assert _error(text, strict=False).line == line
+
+
+@pytest.mark.parametrize("rules, line, words", [
+    # as the kernel's iptables-restore decides (checked with iptables-legacy-restore)
+    (["-A POSTROUTING -j DNAT --to-destination 1.2.3.4"], 5, "DNAT is only valid from PREROUTING/OUTPUT, not POSTROUTING"),
+    (["-A PREROUTING -j MASQUERADE"], 5, "not PREROUTING"),
+    (["-A X -j MASQUERADE", "-A OUTPUT -j X"], 5, "chain X is reached from OUTPUT"),
+    (["-A X -p tcp -j DNAT --to-destination 1.2.3.4", "-A POSTROUTING -p tcp -j X"], 5, "reached from POSTROUTING"),
+])
+def test_targets_are_checked_against_their_hooks(rules: list[str], line: int, words: str) -> None:
+    text = ("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:X - [0:0]\n"
+            + "".join(r + "\n" for r in rules) + "COMMIT\n")
+    err = _error(text, check_hooks=True)
+    assert err.line == line and words in str(err), err
+    rs = parse(text, strict=False, check_hooks=True)
+    assert [u.line for u in rs.unknown] == [line]
+    assert parse(text).tables["nat"].rule_count() == len(rules)  # representable: only checked on request
+
+
+def test_targets_reachable_from_allowed_hooks_load() -> None:
+    text = ("*nat\n:X - [0:0]\n-A X -j DNAT --to-destination 1.2.3.4\n-A PREROUTING -j X\n-A OUTPUT -j X\n"
+            "-A INPUT -j SNAT --to-source 1.2.3.4\nCOMMIT\n*filter\n:X - [0:0]\n-A X -j REJECT --reject-with icmp-port-unreachable\n"
+            "-A INPUT -j X\nCOMMIT\n")
+    assert parse(text, check_hooks=True).render() == text
 
 
 def test_lenient_mode_keeps_unknown_rules() -> None:
@@ -289,3 +321,25 @@ def test_connmark_target_fields() -> None:
     rs = parse(table("-A INPUT -j CONNMARK --save-mark --nfmask 0xf0 --ctmask 0xf"))
     t = rs.tables["filter"].chains["INPUT"].rules[0].target
     assert isinstance(t, ConnmarkTarget) and (t.mode, t.nfmask, t.ctmask) == ("save", 0xF0, 0xF)
+
+
+def test_chain_commands_of_restore_input() -> None:
+    """kube-proxy's restore input declares stale chains (flushing them) and deletes them with -X."""
+    text = ("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SEP-OLD - [0:0]\n-N NEWC\n-A KUBE-SERVICES -j NEWC\n"
+            "-A NEWC -j RETURN\n-A KUBE-SEP-OLD -j RETURN\n-F KUBE-SEP-OLD\n-X KUBE-SEP-OLD\n-F NEWC\nCOMMIT\n")
+    rs = parse(text)
+    assert rs.render() == "*nat\n:KUBE-SERVICES - [0:0]\n:NEWC - [0:0]\n-A KUBE-SERVICES -j NEWC\nCOMMIT\n"
+    assert "KUBE-SEP-OLD" not in rs.tables["nat"].chains
+
+
+@pytest.mark.parametrize("command, words", [
+    ("-X KUBE-SERVICES", "line 4 jumps to it"),
+    ("-X Y", "still has 1 rule"),
+    ("-X PREROUTING", "built-in chain"),
+    ("-X NOPE", "does not exist"),
+    ("-N Y", "already exists"),
+    ("-X Y Z", "exactly one chain"),
+])
+def test_chain_command_errors(command: str, words: str) -> None:
+    err = _error(f"*nat\n:KUBE-SERVICES - [0:0]\n:Y - [0:0]\n-A Y -j KUBE-SERVICES\n{command}\nCOMMIT\n")
+    assert err.line == 5 and words in str(err), err

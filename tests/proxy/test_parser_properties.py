@@ -93,7 +93,9 @@ def rules(draw: st.DrawFn, table: str) -> Rule:
                     else ConnmarkTarget("set", t.value, t.ctmask)),
                st.builds(LogTarget, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=29),
                          st.integers(0, 7), st.sets(st.sampled_from(["tcp-sequence", "uid", "ip-options"])).map(frozenset)),
-               st.sampled_from([Reject("icmp-port-unreachable"), Reject("icmp-host-prohibited")])]
+               ]
+    if table == "filter":
+        targets.append(st.sampled_from([Reject("icmp-port-unreachable"), Reject("icmp-host-prohibited")]))
     if table == "nat":
         port_ok = proto in (6, 17, 132) and not proto_neg
         targets.append(st.builds(lambda a, n, r, f: Nat("SNAT", NatRange(4, a, a + n), r, f),

@@ -6,6 +6,9 @@ option. `strict=False` keeps such a rule as unknown (it renders verbatim) and li
 loaded module that defines it (the target counts as the last module), and an option no loaded
 module knows loads the protocol's module implicitly (`-p tcp --dport 80` saves as
 `-p tcp -m tcp --dport 80`).
+
+Besides `-A`, restore input's `-N`, `-F` and `-X CHAIN` are applied (kube-proxy deletes stale
+chains with `-X`); the model is then the resulting state, as iptables-save would show it.
 """
 
 from __future__ import annotations
@@ -196,8 +199,16 @@ def parse_net(text: str, family: int, option: str) -> IPNet:
 
 
 def parse_u32(text: str, option: str, maximum: int = ALL_ONES) -> int:
+    """A number as strtoul(text, 0) reads it: decimal, 0x hex or 0-prefixed octal."""
     try:
-        v = int(text, 0)
+        if not text or not text.isascii() or "_" in text or text[0] in "+-":
+            raise ValueError
+        if text[:2].lower() == "0x":
+            v = int(text[2:], 16)
+        elif len(text) > 1 and text[0] == "0":
+            v = int(text[1:], 8)
+        else:
+            v = int(text, 10)
     except ValueError:
         raise _OptionError(option, f"invalid number {text!r}") from None
     if not 0 <= v <= maximum:
@@ -287,6 +298,7 @@ MODULE_OPTIONS: dict[str, dict[str, tuple[str, int]]] = {
     "udp": dict(_PORT_OPTS),
     "sctp": dict(_PORT_OPTS),
     "icmp": {"--icmp-type": ("type", 1)},
+    "icmp6": {"--icmpv6-type": ("type", 1)},
     "comment": {"--comment": ("comment", 1)},
     "statistic": {"--mode": ("mode", 1), "--probability": ("probability", 1),
                   "--every": ("every", 1), "--packet": ("packet", 1)},
@@ -331,13 +343,13 @@ TARGET_OPTIONS: dict[str, dict[str, tuple[str, int]]] = {
 }
 _NEGATABLE = {
     "tcp": {"sport", "dport", "flags", "syn"}, "udp": {"sport", "dport"}, "sctp": {"sport", "dport"},
-    "icmp": {"type"}, "statistic": {"probability", "every"}, "mark": {"mark"}, "connmark": {"mark"},
+    "icmp": {"type"}, "icmp6": {"type"}, "statistic": {"probability", "every"}, "mark": {"mark"}, "connmark": {"mark"},
     "addrtype": {"src", "dst"}, "state": {"state"}, "multiport": {"sports", "dports", "ports"},
     "set": {"match-set"}, "recent": {"set", "rcheck", "update", "remove"},
     "conntrack": {"ctstate", "ctproto", "origsrc", "origdst", "replsrc", "repldst", "origsrcport",
                   "origdstport", "replsrcport", "repldstport", "ctstatus", "ctexpire"},
 }
-_IMPLICIT_PROTO_MODULES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp"}
+_IMPLICIT_PROTO_MODULES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmp6"}
 
 Vals = dict[str, tuple[Any, bool]]  # key -> (arguments, negated)
 
@@ -380,6 +392,8 @@ def _build_ports(module: str, vals: Vals, ctx: _RuleContext) -> Match:
 
 
 def _build_icmp(vals: Vals, ctx: _RuleContext) -> Match:
+    if ctx.family != 4:
+        raise _OptionError("-m icmp", "-m icmp is for iptables (family 4); ip6tables uses -m icmp6")
     if ctx.proto != 1 or ctx.proto_neg:
         raise _OptionError("-m icmp", "-m icmp needs `-p icmp` before it")
     if "type" not in vals:
@@ -394,6 +408,41 @@ def _build_icmp(vals: Vals, ctx: _RuleContext) -> Match:
         c = parse_u32(c_s, "--icmp-type", 255)
         return IcmpMatch(t, c, c, neg)
     return IcmpMatch(t, 0, 255, neg)
+
+
+ICMP6_TYPES: dict[str, tuple[int, int, int]] = {
+    "destination-unreachable": (1, 0, 255), "no-route": (1, 0, 0), "communication-prohibited": (1, 1, 1),
+    "beyond-scope": (1, 2, 2), "address-unreachable": (1, 3, 3), "port-unreachable": (1, 4, 4),
+    "failed-policy": (1, 5, 5), "reject-route": (1, 6, 6), "packet-too-big": (2, 0, 255),
+    "time-exceeded": (3, 0, 255), "ttl-exceeded": (3, 0, 255), "ttl-zero-during-transit": (3, 0, 0),
+    "ttl-zero-during-reassembly": (3, 1, 1), "parameter-problem": (4, 0, 255),
+    "bad-header": (4, 0, 0), "unknown-header-type": (4, 1, 1), "unknown-option": (4, 2, 2),
+    "echo-request": (128, 0, 255), "ping": (128, 0, 255), "echo-reply": (129, 0, 255), "pong": (129, 0, 255),
+    "mld-listener-query": (130, 0, 255), "mld-listener-report": (131, 0, 255),
+    "mld-listener-done": (132, 0, 255), "router-solicitation": (133, 0, 255),
+    "router-advertisement": (134, 0, 255), "neighbour-solicitation": (135, 0, 255),
+    "neighbor-solicitation": (135, 0, 255), "neighbour-advertisement": (136, 0, 255),
+    "neighbor-advertisement": (136, 0, 255), "redirect": (137, 0, 255),
+}
+
+
+def _build_icmp6(vals: Vals, ctx: _RuleContext) -> Match:
+    if ctx.family != 6:
+        raise _OptionError("-m icmp6", "-m icmp6 is for ip6tables (family 6)")
+    if ctx.proto != 58 or ctx.proto_neg:
+        raise _OptionError("-m icmp6", "-m icmp6 needs `-p ipv6-icmp` before it")
+    if "type" not in vals:
+        raise _OptionError("--icmpv6-type", "-m icmp6 needs --icmpv6-type")
+    spec, neg = vals["type"]
+    if spec in ICMP6_TYPES:
+        t, lo, hi = ICMP6_TYPES[spec]
+        return IcmpMatch(t, lo, hi, neg, "icmp6")
+    t_s, slash, c_s = spec.partition("/")
+    t = parse_u32(t_s, "--icmpv6-type", 255)
+    if slash:
+        c = parse_u32(c_s, "--icmpv6-type", 255)
+        return IcmpMatch(t, c, c, neg, "icmp6")
+    return IcmpMatch(t, 0, 255, neg, "icmp6")
 
 
 def _build_statistic(vals: Vals, ctx: _RuleContext) -> Match:
@@ -563,6 +612,7 @@ MATCH_BUILDERS: dict[str, Callable[[Vals, _RuleContext], Match]] = {
     "udp": lambda v, c: _build_ports("udp", v, c),
     "sctp": lambda v, c: _build_ports("sctp", v, c),
     "icmp": _build_icmp,
+    "icmp6": _build_icmp6,
     "comment": _build_comment,
     "statistic": _build_statistic,
     "mark": lambda v, c: _build_mark("mark", v, c),
@@ -652,6 +702,8 @@ def _build_masquerade(vals: Vals, ctx: _RuleContext) -> Target:
 
 
 def _build_reject(vals: Vals, ctx: _RuleContext) -> Target:
+    if ctx.table != "filter":
+        raise _OptionError("-j REJECT", "the REJECT target is only valid in the filter table")
     if "with" not in vals:
         return Reject("icmp-port-unreachable" if ctx.family == 4 else "icmp6-port-unreachable")
     table = REJECT_TYPES_4 if ctx.family == 4 else REJECT_TYPES_6
@@ -871,6 +923,15 @@ def _parse_fast(toks: list[str], start: int, chain: str, table: str, family: int
     matches: list[Match] = []
     target: Target | None = None
     for kind, name, s, e in segs:
+        if name == "comment" and e - s == 2 and kind == "-m" and toks[s] == "--comment" \
+                and len(toks[s + 1]) <= 255:
+            # the commonest segment, and mostly unique: keyed by its text alone
+            ckey = ("comment", toks[s + 1])  # (addresses are keyed by their bare text)
+            comment = cache.get(ckey)
+            if comment is None:
+                comment = cache[ckey] = CommentMatch(toks[s + 1])
+            matches.append(comment)
+            continue
         key = (kind, name, proto, pneg, family, table, *toks[s:e])
         built = cache.get(key)
         if built is None:
@@ -1066,25 +1127,28 @@ def parse_rule_tokens_general(toks: list[str], start: int, chain: str, table: st
 _POLICIES = ("ACCEPT", "DROP")
 
 
-def parse(text: str, *, strict: bool = True, family: int = 4) -> Ruleset:
+def parse(text: str, *, strict: bool = True, family: int = 4, check_hooks: bool = False) -> Ruleset:
     """Parse a whole iptables-save dump (or iptables-restore input).
 
     `family` 4 for iptables, 6 for ip6tables. With `strict=False`, a rule the model cannot
     represent becomes an unknown rule (reported in `Ruleset.unknown`) instead of an error;
-    structural errors (tables, chains, COMMIT) are errors in both modes.
+    structural errors (tables, chains, COMMIT) are errors in both modes. `check_hooks` also
+    refuses what iptables-restore refuses although the model can hold it: a target used from a
+    hook it does not support (DNAT reached from POSTROUTING, ...). Dumps from iptables-save
+    never contain those; hand-written rule files may.
     """
     if family not in (4, 6):
         raise ValueError("family must be 4 or 6")
     gc_was_enabled = gc.isenabled()
     gc.disable()  # hundreds of thousands of acyclic records: the cycle collector only costs time
     try:
-        return _parse(text, strict, family)
+        return _parse(text, strict, family, check_hooks)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _parse(text: str, strict: bool, family: int) -> Ruleset:
+def _parse(text: str, strict: bool, family: int, check_hooks: bool) -> Ruleset:
     rs = Ruleset(family=family)
     table: Table | None = None
     pending: list[Rule] = []  # rules with jumps, checked at COMMIT
@@ -1145,6 +1209,8 @@ def _parse(text: str, strict: bool, family: int) -> Ruleset:
             if table is None:
                 raise ParseError(lineno, "COMMIT", "COMMIT outside a table")
             _check_jumps(rs, table, pending, strict)
+            if check_hooks:
+                _check_hooks(rs, table, strict)
             rs.tables[table.name] = table
             rs.items.append(table)
             table = None
@@ -1198,8 +1264,13 @@ def _rule_line(rs: Ruleset, table: Table, line: str, lineno: int, strict: bool,
             raise _OptionError(toks[start], f"{toks[start]} needs a chain name")
         cmd = toks[start]
         chain_name = toks[start + 1]
+        if cmd in _CHAIN_COMMANDS:
+            if counters is not None or len(toks) != start + 2:
+                raise _OptionError(cmd, f"{cmd} takes exactly one chain name")
+            _chain_command(table, _CHAIN_COMMANDS[cmd], chain_name, lineno, cache)
+            return
         if cmd not in ("-A", "--append"):
-            raise _OptionError(cmd, f"command {cmd} is not supported in a dump (only -A)")
+            raise _OptionError(cmd, f"command {cmd} is not supported in a dump (only -A, -N, -F, -X)")
         chain = table.chains.get(chain_name)
         if chain is None:
             raise ParseError(lineno, cmd, f"chain {chain_name!r} does not exist in table "
@@ -1222,6 +1293,51 @@ def _rule_line(rs: Ruleset, table: Table, line: str, lineno: int, strict: bool,
         _keep_unknown(rs, table, chain_name, line, lineno, exc.option, exc.message)
 
 
+_CHAIN_COMMANDS = {"-N": "new", "--new-chain": "new", "-F": "flush", "--flush": "flush",
+                   "-X": "delete", "--delete-chain": "delete"}
+
+
+def _chain_command(table: Table, what: str, name: str, lineno: int, cache: dict[Any, Any]) -> None:
+    """-N/-F/-X CHAIN, as kube-proxy's restore input uses them (`-X` for stale chains).
+
+    The model is the resulting state: a deleted chain is gone, so such input renders without it.
+    """
+    chain = table.chains.get(name)
+    builtin = name in BUILTIN_CHAINS[table.name]
+    if what == "new":
+        if chain is not None:
+            raise ParseError(lineno, "-N", f"chain {name} already exists")
+        if len(name) > 28 or name.startswith("-") or name in TARGET_OPTIONS:
+            raise ParseError(lineno, "-N", f"invalid chain name {name!r}")
+        table.chains[name] = Chain(name)
+        table.declared.append(name)
+        return
+    if chain is None:
+        raise ParseError(lineno, "-X" if what == "delete" else "-F", f"chain {name!r} does not exist in table "
+                         f"{table.name!r}")
+    refs_key = ("jump-refs", table.name)
+    if what == "flush":
+        chain.rules.clear()
+        table.rules = [r for r in table.rules if r.chain != name]
+        cache.pop(refs_key, None)
+        return
+    if builtin:
+        raise ParseError(lineno, "-X", f"cannot delete built-in chain {name}")
+    if chain.rules:
+        raise ParseError(lineno, "-X", f"cannot delete chain {name}: it still has {len(chain.rules)} rule(s)")
+    # who jumps where, scanned incrementally: kube-proxy writes thousands of -X lines after its rules
+    scanned, refs = cache.get(refs_key, (0, {}))
+    for r in table.rules[scanned:]:
+        if type(r.target) is Jump:
+            refs.setdefault(r.target.chain, r.line)
+    cache[refs_key] = (len(table.rules), refs)
+    if name in refs:
+        raise ParseError(lineno, "-X", f"cannot delete chain {name}: line {refs[name]} jumps to it")
+    del table.chains[name]
+    if name in table.declared:
+        table.declared.remove(name)
+
+
 def _keep_unknown(rs: Ruleset, table: Table, chain_name: str, line: str, lineno: int,
                   option: str, reason: str) -> Rule:
     rule = Rule(chain_name, line=lineno, text=line, unknown=reason)
@@ -1229,6 +1345,54 @@ def _keep_unknown(rs: Ruleset, table: Table, chain_name: str, line: str, lineno:
     table.rules.append(rule)
     rs.unknown.append(UnknownRule(lineno, option, reason, line))
     return rule
+
+
+# Targets the kernel accepts only from some hooks (xt_target.hooks), by table.
+TARGET_HOOKS = {"nat": {"DNAT": ("PREROUTING", "OUTPUT"), "SNAT": ("POSTROUTING", "INPUT"),
+                        "MASQUERADE": ("POSTROUTING",)},
+                "filter": {"REJECT": ("INPUT", "FORWARD", "OUTPUT")}}
+
+
+def _check_hooks(rs: Ruleset, table: Table, strict: bool) -> None:
+    """A target used from a chain reached from a hook it does not support fails to load
+    (xt_check_target); find those rules, naming the line and the hook."""
+    limits = TARGET_HOOKS.get(table.name)
+    if not limits:
+        return
+    edges: dict[str, set[str]] = {}
+    restricted: list[Rule] = []
+    for r in table.rules:
+        t = r.target
+        if t is None:
+            continue
+        if type(t) is Jump:
+            edges.setdefault(r.chain, set()).add(t.chain)
+        elif t.name in limits:
+            restricted.append(r)
+    if not restricted:
+        return
+    reached_from: dict[str, set[str]] = {}
+    for base in BUILTIN_CHAINS[table.name]:
+        stack, seen = [base], set()
+        while stack:
+            c = stack.pop()
+            if c in seen:
+                continue
+            seen.add(c)
+            reached_from.setdefault(c, set()).add(base)
+            stack.extend(edges.get(c, ()))
+    for r in restricted:
+        name = r.target.name  # type: ignore[union-attr]
+        bad = sorted(reached_from.get(r.chain, set()) - set(limits[name]))
+        if not bad or r.unknown is not None:
+            continue
+        via = "" if r.chain in BUILTIN_CHAINS[table.name] else f" (chain {r.chain} is reached from {', '.join(bad)})"
+        msg = f"{name} is only valid from {'/'.join(limits[name])}, not {', '.join(bad)}{via}"
+        if strict:
+            raise ParseError(r.line, f"-j {name}", msg)
+        r.unknown = msg
+        r.matches, r.target = (), None
+        rs.unknown.append(UnknownRule(r.line, f"-j {name}", msg, r.text))
 
 
 def _check_jumps(rs: Ruleset, table: Table, pending: list[Rule], strict: bool) -> None:

@@ -192,7 +192,7 @@ class PortsMatch(Match):
 
 @dataclass(frozen=True, slots=True)
 class IcmpMatch(Match):
-    """-m icmp --icmp-type TYPE[/CODE]; type 255 is `any`."""
+    """-m icmp --icmp-type TYPE[/CODE] (type 255 is `any`), or -m icmp6 --icmpv6-type."""
 
     type: int
     code_lo: int = 0
@@ -201,13 +201,14 @@ class IcmpMatch(Match):
     module: str = "icmp"
 
     def render(self) -> str:
-        if self.type == 255:
+        if self.type == 255 and self.module == "icmp":
             spec = "any"
         elif self.code_lo == 0 and self.code_hi == 255:
             spec = str(self.type)
         else:
             spec = f"{self.type}/{self.code_lo}"
-        return f"-m icmp {_neg(self.neg)}--icmp-type {spec}"
+        option = "--icmp-type" if self.module == "icmp" else "--icmpv6-type"
+        return f"-m {self.module} {_neg(self.neg)}{option} {spec}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,8 @@ def kube_proxy_dump(services: int, endpoints: int, *, cluster_cidr: str = "10.24
         rules.append(f"-A {svc_chain} ! -s {cluster_cidr} -d {vip}/32 -p tcp{c} -m tcp --dport 80 "
                      "-j KUBE-MARK-MASQ")
         for e in range(endpoints):
-            ep = f"10.{128 + (s * endpoints + e) // 65536 % 128}.{(s * endpoints + e) // 256 % 256}.{(s * endpoints + e) % 256}"
+            k = s * endpoints + e
+            ep = f"10.{128 + k // 65536 % 128}.{k // 256 % 256}.{k % 256}"
             sep = f"KUBE-SEP-{_hash16(name + 'tcp' + ep + ':8080')}"
             chains.append(sep)
             ce = f' -m comment --comment "{name} -> {ep}:8080"' if comments else ""
