@@ -257,6 +257,21 @@ class NftEvaluator:
                 for rule in chain.rules:
                     self._index_anonymous(rule, now)
         self._hooks: dict[tuple[int, str], list[_BaseChain]] = {}
+        # sets that rules write (`update @affinity-...`): the only ones reset() has to rebuild
+        self._written = {(id(table), st.set_name): (table, table.sets[st.set_name])
+                         for table in ruleset.tables for chain in table.chains.values()
+                         for rule in chain.rules for st in rule.statements
+                         if isinstance(st, SetUpdate) and st.set_name in table.sets}
+
+    def reset(self) -> None:
+        """Back to the state the ruleset was loaded with (sets written by rules, `numgen inc`
+        counters, counters), rebuilding only the sets rules write: independent flows traced one
+        after another then cost what one does, whatever the ruleset's size."""
+        now = self.clock()
+        for key, (_, nset) in self._written.items():
+            self._sets[key] = SetIndex.build(nset.name, nset.elements, now, nset.timeout, "timeout" in nset.flags)
+        self._numgen_inc.clear()
+        self.counters.clear()
 
     def _index_anonymous(self, rule: Rule, now: float) -> None:
         for st in rule.statements:
@@ -563,7 +578,9 @@ class NftEvaluator:
                 self._numgen_inc[id(e)] = nxt
                 value = nxt + e.offset
             if self.trace_enabled:
-                notes.append(f"numgen {e.mode} -> {value}")
+                # mod and offset spelled out: branch enumeration (proxy trace --all-branches) reads them
+                offset = f" offset {e.offset}" if e.offset else ""
+                notes.append(f"numgen {e.mode} mod {e.mod}{offset} -> {value}")
             return value
         if isinstance(e, Fib):
             if e.result != "type":
