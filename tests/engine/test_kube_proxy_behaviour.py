@@ -180,7 +180,10 @@ def test_service_without_endpoints_rejects_with_port_unreachable():
     assert res.response is not None
     answer = P.parse(res.response)
     assert answer.is_icmp_error and answer.icmp_type == 3 and answer.icmp_code == 3
-    assert (str(answer.src), str(answer.dst)) == ("10.96.0.25", "10.244.1.30")  # from the address the client used
+    # a forwarded packet's error comes from the node's address toward the client (icmp_send), and
+    # quotes the client's packet to the VIP, which is how the client's stack matches it
+    assert (str(answer.src), str(answer.dst)) == ("10.244.0.1", "10.244.1.30")
+    assert (str(answer.inner.src), str(answer.inner.dst), answer.inner.dport) == ("10.244.1.30", "10.96.0.25", 80)
 
 
 def test_replies_are_translated_back_and_established_packets_skip_nat():
