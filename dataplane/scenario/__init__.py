@@ -6,7 +6,8 @@ controller), `cluster_model` (the runner's objects as `dataplane.k8s` for the pr
 `dns` records.
 Runtime side: `state` (everything recorded before it is created; `clean`), `build` (namespaces,
 underlay, l2/host-gw/vxlan, pods), `cni` (CNI through the project's runtime client and plugins),
-`workload` (the per-pod server), `dataplanes` (kernel iptables/nftables; the emulated seam),
+`workload` (the per-pod server), `dataplanes` (kernel iptables/nftables), `emulated` (our engine
+behind a TUN per node, iptables/nftables/ipvs; `emulated_flows` its flow cache),
 `events` (scale, delete, readiness, rollout), `traffic` + `expect`, `capture` (pcap per node),
-`trace` (nft monitor trace), `runtime` (ScenarioRun), `report`, `picture` (SVG), `cli`.
+`trace` (nft monitor trace; the emulated dataplane traces its engine), `runtime` (ScenarioRun), `report`, `picture` (SVG), `cli`.
 """

@@ -35,7 +35,7 @@ def _resolve(file: str) -> str:
 @click.option("--pcap", "pcap_dir", type=click.Path(file_okay=False), help="Write a pcap per node into this folder.")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Draw the cluster's topology into this SVG file.")
 @click.option("--trace", "trace", multiple=True, metavar="TRAFFIC",
-              help="Record the kernel's rule-by-rule path (nft monitor trace) of this traffic entry (repeatable).")
+              help="Record the rule-by-rule path of this traffic entry (repeatable): nft monitor trace on the kernel dataplane, the engine's own trace on the emulated one.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def run_cmd(file: str, proxy_mode: str | None, dataplane: str | None, pod_network: str | None, json_path: str | None, pcap_dir: str | None,
             svg_path: str | None, trace: tuple[str, ...], quiet: bool) -> None:

@@ -4,7 +4,9 @@
 iptables mode with `iptables-restore --noflush` (the jump rules once, the KUBE-* chains on every
 sync), nftables mode with `nft -f` (the `ip kube-proxy` table, then partial transactions).
 
-`emulated` (designed, not built yet). The seam, per node namespace:
+`emulated` (built in `dataplane.scenario.emulated`, whose docstring says how it differs from
+this first design: symmetry by routing every pod-sourced packet through the engine instead of
+masquerade-all). The seam as designed, per node namespace:
 - a TUN device `dpsvc0` (IFF_TUN|IFF_NO_PI) owned by the runner, one reader thread per node;
 - steering into it with policy routing, no netfilter: `ip rule add to <serviceCIDR> lookup 100`,
   `ip rule add to <LB/external IPs> lookup 100`, and for NodePorts (destination = the node's own
@@ -150,11 +152,13 @@ class KernelNftables:
 
 
 def make(dataplane: str, proxy_mode: str, *, cluster_cidr: str, service_cidr: str, layout: str, backend: str,
-         masquerade_all: bool) -> ServiceDataplane:
+         masquerade_all: bool, ipvs_scheduler: str = "rr", pod_network: str = "host-gw") -> ServiceDataplane:
     """The dataplane a scenario asks for, or a DataplaneError saying what is not available."""
     if dataplane == "emulated":
-        raise DataplaneError("the emulated service dataplane needs the packet engine's live attachment "
-                             "(dataplane.engine), which has not landed yet; use --dataplane kernel")
+        from dataplane.scenario.emulated import Emulated, check_design
+
+        check_design(pod_network)
+        return Emulated(cluster_cidr, service_cidr, layout, masquerade_all, proxy_mode, ipvs_scheduler)
     if proxy_mode == "ipvs":
         raise DataplaneError("proxy mode ipvs cannot run on the kernel dataplane: this kernel has no IPVS; "
                              "it needs the emulated dataplane")

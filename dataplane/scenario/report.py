@@ -29,7 +29,8 @@ def summary(report: Report) -> str:
     out += _table([["PASS" if v.passed else "FAIL", v.traffic, v.target, v.check, v.detail] for v in report.verdicts],
                   ["result", "traffic", "to", "check", "detail"])
     for traffic, per_node in report.traces.items():
-        out.append(f"\ntrace of {traffic} (nft monitor trace, first packets per node):")
+        source = "the engine's trace" if report.settings.get("dataplane") == "emulated" else "nft monitor trace"
+        out.append(f"\ntrace of {traffic} ({source}, first packets per node):")
         for node, lines in per_node.items():
             out.append(f"  {node}: {len(lines)} trace line(s)")
             out += [f"    {ln}" for ln in lines[:TRACE_LINES_SHOWN]]

@@ -161,7 +161,8 @@ class ScenarioRun:
             self.dataplane = dataplanes.make(self.dataplane_name, self.proxy_mode, cluster_cidr=c.cluster_cidr,
                                              service_cidr=c.service_cidr,
                                              layout=c.proxy.iptables_layout, backend=c.proxy.iptables_backend,
-                                             masquerade_all=c.proxy.masquerade_all)
+                                             masquerade_all=c.proxy.masquerade_all,
+                                             ipvs_scheduler=c.proxy.ipvs_scheduler, pod_network=c.pod_network)
         except dataplanes.DataplaneError as exc:
             raise RunError(str(exc)) from None
         t = self.topology
@@ -235,6 +236,12 @@ class ScenarioRun:
             return []
         errors: list[str] = []
         with _signals_ignored():
+            close = getattr(self.dataplane, "close", None)   # the emulated dataplane's TUN readers
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001 - report, and still remove the namespaces
+                    errors.append(f"stopping the service dataplane: {exc}")
             if self.capture is not None:
                 self.capture.stop()
             for pod in list(self.pods.values()):
@@ -379,7 +386,8 @@ class ScenarioRun:
                 from dataplane.scenario.trace import KernelTrace
 
                 assert self.state is not None
-                tracer = KernelTrace(self.state, self.topology.nodes, client_ip)
+                make_tracer = getattr(self.dataplane, "tracer", None)   # the emulated dataplane traces its engine
+                tracer = make_tracer(client_ip) if make_tracer else KernelTrace(self.state, self.topology.nodes, client_ip)
                 tracer.start()
                 try:
                     flows += self._send_one(t, netns, client_ip)

@@ -52,5 +52,3 @@ def test_list_shows_shipped_scenarios():
 def test_modes_this_kernel_cannot_run_are_refused_cleanly():
     res = CliRunner().invoke(main, ["scenario", "run", "clusterip", "--proxy-mode", "ipvs", "--quiet"])
     assert res.exit_code == 1 and "this kernel has no IPVS" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(main, ["scenario", "run", "clusterip", "--dataplane", "emulated", "--quiet"])
-    assert res.exit_code == 1 and "packet engine" in res.output

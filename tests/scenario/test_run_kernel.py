@@ -134,12 +134,6 @@ def test_multi_node_designs(design):
         assert r.teardown() == []
 
 
-def test_emulated_dataplane_is_a_clear_error():
-    sc = spec.load(os.path.join(SCENARIOS, "clusterip.yaml"))
-    with pytest.raises(RunError, match="emulated service dataplane needs the packet engine"):
-        ScenarioRun(sc, dataplane="emulated").build()
-
-
 @KERNEL
 def test_rolling_update_never_loses_a_request():
     report = run("rolling-update")
