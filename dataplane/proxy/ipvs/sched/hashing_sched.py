@@ -35,24 +35,31 @@ class _BucketScheduler(Scheduler):
     def _reassign(self, svc: SchedService) -> None:
         raise NotImplementedError
 
-    def init_service(self, svc: SchedService) -> None:
+    def _rebuild(self, svc: SchedService) -> None:
+        self._state: dict[str, object] | None = None  # the table changes only here
         self._reassign(svc)
+
+    def init_service(self, svc: SchedService) -> None:
+        self._rebuild(svc)
 
     def add_dest(self, svc: SchedService, dest: Dest) -> None:
-        self._reassign(svc)
+        self._rebuild(svc)
 
     def del_dest(self, svc: SchedService, dest: Dest, index: int) -> None:
-        self._reassign(svc)
+        self._rebuild(svc)
 
     def upd_dest(self, svc: SchedService, dest: Dest) -> None:
-        self._reassign(svc)
+        self._rebuild(svc)
 
     def state(self) -> dict[str, object]:
-        counts: dict[str, int] = {}
-        for d in self.buckets:
-            if d is not None:
-                counts[d.label()] = counts.get(d.label(), 0) + 1
-        return {"buckets": self.tab_size, "per_dest": counts}
+        """Buckets per dest. Computed once per table (traces ask for it on every packet)."""
+        if getattr(self, "_state", None) is None:
+            counts: dict[str, int] = {}
+            for d in self.buckets:
+                if d is not None:
+                    counts[d.label()] = counts.get(d.label(), 0) + 1
+            self._state = {"buckets": self.tab_size, "per_dest": counts}
+        return self._state  # type: ignore[return-value]
 
 
 def _unavailable(dest: Dest) -> bool:

@@ -55,6 +55,7 @@ class Maglev(Scheduler):
         return hsiphash_u32((offset + port + addr_fold(addr)) & 0xFFFFFFFF, key)
 
     def _reassign(self, svc: SchedService) -> None:
+        self._state: dict[str, object] | None = None  # the table changes only here
         dests = svc.destinations
         if len(dests) > self.size:
             raise ValueError(f"mh: {len(dests)} destinations exceed the table size {self.size} (EINVAL)")
@@ -139,8 +140,11 @@ class Maglev(Scheduler):
         return dest if dest is not None else self._fail()
 
     def state(self) -> dict[str, object]:
-        counts: dict[str, int] = {}
-        for d in self.lookup_table:
-            if d is not None:
-                counts[d.label()] = counts.get(d.label(), 0) + 1
-        return {"table_size": self.size, "gcd": self.gcd, "rshift": self.rshift, "per_dest": counts}
+        """Entries per dest. Computed once per table (traces ask for it on every packet)."""
+        if getattr(self, "_state", None) is None:
+            counts: dict[str, int] = {}
+            for d in self.lookup_table:
+                if d is not None:
+                    counts[d.label()] = counts.get(d.label(), 0) + 1
+            self._state = {"table_size": self.size, "gcd": self.gcd, "rshift": self.rshift, "per_dest": counts}
+        return self._state  # type: ignore[return-value]
