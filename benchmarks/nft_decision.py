@@ -1,19 +1,20 @@
 """Per-new-connection nftables decision cost against the number of services (kube-proxy nftables mode).
 
     .venv/bin/python benchmarks/nft_decision.py [--sizes 10,100,1000,10000,100000] [--packets 200000]
-                                                [--repeat 5] [--json]
+                                                [--repeat 5] [--active 10,100] [--json]
 
 For each size N: a synthetic cluster (`dataplane.k8s.synthetic.synthetic_objects`, N ClusterIP
-services x 2 endpoints; service ports wrap below 65536), kube-proxy's nftables layout for it (`generator.generate`), parsed and
-compiled once (`nft_batch.BatchNftEvaluator`). Then batches of first packets (TCP SYN, ct state
-new, from a pod) to ClusterIP:port go through the PREROUTING hook in the numba kernel: the
-firewall-check vmap, nat-prerouting -> services vmap -> the service chain -> `numgen random mod 2
-vmap` -> the endpoint chain's dnat. Issue 7's target: <= 100 ns per decision, flat within 1.2x
-from 10 to 100,000 services.
+services x 2 endpoints; service ports wrap below 65536), kube-proxy's nftables layout for it
+(`generator.generate`), parsed and compiled once (`nft_batch.BatchNftEvaluator`). Then batches
+of first packets (TCP SYN, ct state new, from a pod) to ClusterIP:port go through the PREROUTING
+hook in the numba kernel: the firewall-check vmap, nat-prerouting -> services vmap -> the service
+chain -> `numgen random mod 2 vmap` -> the endpoint chain's dnat. Issue 7's target: <= 100 ns
+per decision, flat within 1.2x from 10 to 100,000 services.
 
-Two traffic mixes, as in ipvs_lookup.py:
-- active: connections spread over min(N, --active) services (a node's busy services) drawn from
-  the N configured ones; only the number of configured services changes (the O(1) measurement);
+Traffic mixes, as in ipvs_lookup.py:
+- activeK: connections spread over min(N, K) services (a node's busy services, --active 10,100)
+  drawn from the N configured ones; with K no larger than the smallest N only the number of
+  configured services changes: active10 is the O(1) measurement;
 - uniform: connections spread over all N services, so the touched memory grows with N (the cache
   worst case for any hash table).
 Times are this thread's CPU time (time.thread_time_ns), median of --repeat rounds, kernel only:
@@ -112,15 +113,16 @@ def kernel_ns(batch: BatchNftEvaluator, rows: np.ndarray, repeat: int) -> tuple[
     return statistics.median(times) / len(rows), out
 
 
-def measure(n_services: int, packets: int = 200_000, *, repeat: int = 5, active: int = 100,
+def measure(n_services: int, packets: int = 200_000, *, repeat: int = 5, active: tuple[int, ...] = (10, 100),
             reference_sample: int = 2000, built: tuple[BatchNftEvaluator, dict[str, float]] | None = None
             ) -> dict[str, Any]:
-    """One size: ns per new-connection decision in batch (both traffic mixes), and context figures."""
+    """One size: ns per new-connection decision in batch for each traffic mix (`active{K}_...`,
+    `uniform_...`; `active_...` repeats the first active mix), and context figures."""
     batch, build_times = built or build(n_services)
     result: dict[str, Any] = {"services": n_services, "packets": packets, **build_times,
                               "hash_slots": int(batch.compiled.hash_keys.shape[0]),
                               "fallback_ops": batch.compiled.fallback_ops}
-    for mix, spread in (("active", active), ("uniform", n_services)):
+    for mix, spread in [(f"active{a}", a) for a in active] + [("uniform", n_services)]:
         metas = first_packets(n_services, packets, spread)
         t = time.thread_time_ns()
         rows = batch.prepare(metas)
@@ -131,7 +133,9 @@ def measure(n_services: int, packets: int = 200_000, *, repeat: int = 5, active:
         result[f"{mix}_ns_per_decision"] = ns
         result[f"{mix}_prepare_ns_per_packet"] = prep
         result[f"{mix}_rules_per_decision"] = float(out[:, K.R_RULES].mean())
-    sample = first_packets(n_services, reference_sample, active, seed=8)
+    for key in ("ns_per_decision", "prepare_ns_per_packet", "rules_per_decision"):  # the first version's names
+        result[f"active_{key}"] = result[f"active{active[0]}_{key}"]
+    sample = first_packets(n_services, reference_sample, active[0], seed=8)
     stream = SplitMixRandom(1)
     ref = NftEvaluator(batch.reference.ruleset, rng=lambda: stream.getrandbits(32), local_addresses=[NODE_IP],
                        trace=False)
@@ -147,29 +151,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--packets", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--active", type=int, default=100)
+    ap.add_argument("--active", default="10,100", help="busy-service counts of the active mixes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    active = tuple(int(a) for a in args.active.split(",") if a)
+    mixes = [f"active{a}" for a in active] + ["uniform"]
     rows = []
     for n in sizes:
-        rows.append(measure(n, args.packets, repeat=args.repeat, active=args.active))
+        rows.append(measure(n, args.packets, repeat=args.repeat, active=active))
         if not args.json:
             r = rows[-1]
-            print(f"{n:>7} services: active {r['active_ns_per_decision']:6.1f} ns  uniform "
-                  f"{r['uniform_ns_per_decision']:6.1f} ns  ({r['active_rules_per_decision']:.1f} rules/decision; "
+            figures = "  ".join(f"{m} {r[f'{m}_ns_per_decision']:6.1f} ns" for m in mixes)
+            print(f"{n:>7} services: {figures}  ({r['uniform_rules_per_decision']:.1f} rules/decision; "
                   f"reference {r['reference_ns_per_decision'] / 1000:.1f} us; prepare "
-                  f"{r['active_prepare_ns_per_packet'] / 1000:.1f} us/packet; build gen {r['generate_s']:.1f} s "
+                  f"{r['uniform_prepare_ns_per_packet'] / 1000:.1f} us/packet; build gen {r['generate_s']:.1f} s "
                   f"parse {r['parse_s']:.1f} s compile {r['compile_s']:.1f} s)", flush=True)
     summary: dict[str, Any] = {"sizes": rows}
-    for mix in ("active", "uniform"):
+    for mix in mixes:
         values = [r[f"{mix}_ns_per_decision"] for r in rows]
         summary[f"{mix}_ratio_largest_to_smallest"] = values[-1] / values[0]
         summary[f"{mix}_ratio_max_to_min"] = max(values) / min(values)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        for mix in ("active", "uniform"):
+        for mix in mixes:
             print(f"{mix}: largest/smallest N {summary[f'{mix}_ratio_largest_to_smallest']:.2f}x, "
                   f"max/min over sizes {summary[f'{mix}_ratio_max_to_min']:.2f}x")
     return 0
