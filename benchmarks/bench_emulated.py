@@ -10,7 +10,7 @@ Backends and the code they time:
 - emulated-ipvs-rr: the numba O(1) service lookup + round-robin pick (dataplane.proxy.ipvs.lookup);
 - emulated-ipvs-sh: the reference IPVS model (dataplane.proxy.ipvs.core) with the source-hash
   scheduler, one ip_vs_in() per new connection;
-- emulated-nftables: the reference nftables evaluator (dataplane.engine.nft_eval) on kube-proxy's
+- emulated-nftables: the numba nftables evaluator (dataplane.engine.nft_batch) on kube-proxy's
   nftables layout, at the prerouting hook;
 - emulated-conntrack: the batch conntrack-hit path (dataplane.engine.conntrack_batch), which every
   emulated netfilter backend shares (an established packet never reaches the nat rules).
@@ -235,36 +235,41 @@ def ipvs_sh_point(n: int, state: ProxyState, plan: EmulatedPlan) -> list[Record]
 # ---------------------------------------------------------------- nftables
 
 def nftables_point(n: int, state: ProxyState, plan: EmulatedPlan, state_plus: ProxyState | None) -> list[Record]:
-    from dataplane.engine.nft_eval import NftEvaluator
+    from dataplane.engine.nft_batch import BatchNftEvaluator
+    from dataplane.engine.rng import SplitMixRandom
     from dataplane.engine.types import PacketMeta
     from dataplane.proxy.nftables.generator import changes, generate
     from dataplane.proxy.nftables.parser import parse
 
     backend = "emulated-nftables"
     text = generate(state)
-    ev = NftEvaluator(parse(text), trace=False, local_addresses=CONTEXT.node_ips)
+    ev = BatchNftEvaluator(parse(text), rng=SplitMixRandom(plan.seed), local_addresses=CONTEXT.node_ips)
     in_map_order = sorted(state.service_ports.values(), key=lambda s: (str(s.name), s.protocol))
     ordered = [(s.cluster_ip, s.port) for s in in_map_order]
-    m = plan.python_packets
+    m = plan.python_packets * 10
     rng = random.Random(plan.seed)
-    packets = {pos: [PacketMeta.make(CLIENT, vip, "tcp", 1024 + i, port, tcp_flags=0x02, iif="eth0")
+    packets = {pos: [PacketMeta.make(CLIENT, vip, "tcp", 1024 + i % 60000, port, tcp_flags=0x02, iif="eth0")
                      for i, (vip, port) in enumerate(tg)] for pos, tg in _targets(ordered, m, rng).items()}
+    rows = {pos: ev.prepare(ps) for pos, ps in packets.items()}
     rules = {}
     for pos, ps in packets.items():
-        decisions = [ev.evaluate(p, "prerouting") for p in ps]
+        decisions = ev.evaluate_many(ps, "prerouting")
         if any(d.nat is None for d in decisions):
             raise RuntimeError(f"{backend} N={n}: a packet to a service was not DNATed")
         rules[pos] = sum(d.rules_evaluated for d in decisions) / len(decisions)
+    if ev.fallback_packets:
+        raise RuntimeError(f"{backend} N={n}: {ev.fallback_packets} packets left the numba path")
 
-    def run(ps: list) -> float:  # type: ignore[type-arg]
+    def run(pos: str) -> float:
+        ps, rs = packets[pos], rows[pos]
         t0 = time.thread_time()
-        for p in ps:
-            ev.evaluate(p, "prerouting")
+        ev.run(rs, "prerouting", ps)
         return (time.thread_time() - t0) / len(ps) * 1e9
 
-    samples = run_abba({pos: (lambda ps=ps: run(ps)) for pos, ps in packets.items()}, plan.rounds)
+    samples = run_abba({pos: (lambda pos=pos: run(pos)) for pos in packets}, plan.rounds)
     recs = [summarize(backend, n, pos, "new_conn_ns", samples[pos], "ns",
-                      f"{m} packets per round, Python reference evaluator") for pos in POSITIONS]
+                      f"{m} packets per round, numba batch evaluator (nft_batch), thread CPU time")
+            for pos in POSITIONS]
     recs += [derived(backend, n, pos, "rules_evaluated", rules[pos], "rules") for pos in POSITIONS]
     recs.append(derived(backend, n, None, "rules_text_bytes_per_service", len(text) / n, "B", "nft -f input"))
     if state_plus is not None:
