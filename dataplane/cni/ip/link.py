@@ -49,10 +49,15 @@ def _info(msg: Any) -> LinkInfo:
 
 
 def by_name(ipr: Any, name: str) -> LinkInfo | None:
-    idx = ipr.link_lookup(ifname=name)
-    if not idx:
-        return None
-    return _info(ipr.get_links(idx[0])[0])
+    """One RTM_GETLINK by name (not a dump of every link, which grows with the node's pods)."""
+    from pyroute2 import NetlinkError
+
+    try:
+        return _info(ipr.link("get", ifname=name)[0])
+    except NetlinkError as exc:
+        if exc.code == 19:  # ENODEV
+            return None
+        raise
 
 
 def by_index(ipr: Any, index: int) -> LinkInfo | None:
