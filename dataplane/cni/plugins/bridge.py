@@ -123,8 +123,7 @@ def _plug_veth(host: Any, n: BridgeConf, args: CmdArgs, cont_fd: int, host_fd: i
     if veth is None or cont_link is None:
         raise PluginError(f"failed to lookup veth pair {args.ifname}/{host_veth}")
     _try(sysctl.write, f"net/ipv6/conf/{host_veth}/accept_ra", "0")
-    host.link("set", index=veth.index, state="up")
-    host.link("set", index=veth.index, master=br.index)
+    host.link("set", index=veth.index, state="up", master=br.index)  # one RTM_NEWLINK for both
     if n.hairpin:
         host.link("set", index=veth.index, kind="bridge_slave", mode=1)   # IFLA_BRPORT_MODE
     return br, veth, cont_link
@@ -285,12 +284,13 @@ def _ensure_bridge_addr(host: Any, br: Any, gw: IPInterface, force: bool) -> Non
 
 
 def _wait_port_up(host: Any, index: int) -> None:
-    from dataplane.cni.ip import link
-
     for sleep_ms in (0, 50, 500, 1000, 1000):
         time.sleep(sleep_ms / 1000)
-        veth = link.by_index(host, index)
-        if veth is not None and veth.up and _operstate(host, index) in ("up", "UP"):
+        try:
+            msg = host.get_links(index)[0]  # one RTM_GETLINK: admin state and operstate together
+        except Exception:  # noqa: BLE001 - ENODEV: not there (yet)
+            continue
+        if msg["flags"] & 1 and str(msg.get_attr("IFLA_OPERSTATE") or "") in ("up", "UP"):
             return
     raise PluginError(f"bridge port in error state: {_operstate(host, index)}")
 
