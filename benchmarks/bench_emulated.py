@@ -271,6 +271,9 @@ def nftables_point(n: int, state: ProxyState, plan: EmulatedPlan, state_plus: Pr
                       f"{m} packets per round, numba batch evaluator (nft_batch), thread CPU time")
             for pos in POSITIONS]
     recs += [derived(backend, n, pos, "rules_evaluated", rules[pos], "rules") for pos in POSITIONS]
+    arrays = [v for v in vars(ev.compiled).values() if isinstance(v, np.ndarray)]
+    recs.append(derived(backend, n, None, "memory_bytes_per_service", sum(a.nbytes for a in arrays) / n, "B",
+                        "the compiled ruleset's arrays (rules, chains, hash tables, numgen maps)"))
     recs.append(derived(backend, n, None, "rules_text_bytes_per_service", len(text) / n, "B", "nft -f input"))
     if state_plus is not None:
         full, part = [], []

@@ -37,8 +37,8 @@ class Preset:
 
 
 PRESETS = {
-    "full": Preset("full", FULL_EMULATED, FULL_KERNEL, 7, 8, 5000, 10_000, 1000, 300),
-    "quick": Preset("quick", (10, 100, 1000), (10, 100), 5, 4, 100, 1000, 1000, 200),
+    "full": Preset("full", FULL_EMULATED, FULL_KERNEL, 7, 8, 50_000, 10_000, 1000, 300),
+    "quick": Preset("quick", (10, 100, 1000), (10, 100), 5, 4, 1000, 1000, 1000, 200),
     "smoke": Preset("smoke", (10, 100, 500), (10, 100), 3, 2, 100, 500, 300, 100),
 }
 
