@@ -170,3 +170,11 @@ def is_global_unicast(ip: Any) -> bool:
     """Go's net.IP.IsGlobalUnicast."""
     return not (ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local
                 or str(ip) == "255.255.255.255")
+
+
+def delete_in_netns(netns_fd: int, name: str) -> None:
+    """Delete link `name` inside the namespace open at `netns_fd` (undo of a half-made ADD)."""
+    from dataplane.cni.ip import ns
+
+    with ns.entered(netns_fd), iproute() as ipr:
+        delete_by_name_collect(ipr, name)

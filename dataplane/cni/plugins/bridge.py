@@ -117,7 +117,7 @@ def _plug_veth(host: Any, n: BridgeConf, args: CmdArgs, cont_fd: int, host_fd: i
     _try(sysctl.write, f"net/ipv6/conf/{n.bridge}/accept_ra", "0")
     with ns.entered(cont_fd), link.iproute() as cont:
         host_veth = link.create_veth(cont, args.ifname, n.mtu, n.mac, host_fd)
-        undo.append(lambda: _delete_in(cont_fd, args.ifname))
+        undo.append(lambda: link.delete_in_netns(cont_fd, args.ifname))
         cont_link = link.by_name(cont, args.ifname)
     veth = link.by_name(host, host_veth)
     if veth is None or cont_link is None:
@@ -313,13 +313,6 @@ def _remove_bridge_if_unused(name: str) -> None:
 
     with link.iproute() as ipr:
         link.delete_bridge_if_unused(ipr, name)
-
-
-def _delete_in(netns_fd: int, ifname: str) -> None:
-    from dataplane.cni.ip import link, ns
-
-    with ns.entered(netns_fd), link.iproute() as ipr:
-        link.delete_by_name_collect(ipr, ifname)
 
 
 def _try(fn: Any, *a: Any) -> None:

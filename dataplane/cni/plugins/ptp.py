@@ -54,7 +54,7 @@ def cmd_add(args: CmdArgs) -> Result:
             sysctl.enable_forwarding(version)
         with ns.entered(cont_fd), link.iproute() as cont:
             host_name = link.create_veth(cont, args.ifname, mtu, "", host_fd)
-            undo.append(lambda: _delete_in(cont_fd, args.ifname))
+            undo.append(lambda: link.delete_in_netns(cont_fd, args.ifname))
             cont_link = link.by_name(cont, args.ifname)
             assert cont_link is not None
             with ns.entered(host_fd), link.iproute() as host_tmp:
@@ -170,13 +170,6 @@ def cmd_status(args: CmdArgs) -> None:
 
 def cmd_gc(args: CmdArgs) -> None:
     delegate.gc(_load(args)[2], args)
-
-
-def _delete_in(netns_fd: int, ifname: str) -> None:
-    from dataplane.cni.ip import link, ns
-
-    with ns.entered(netns_fd), link.iproute() as ipr:
-        link.delete_by_name_collect(ipr, ifname)
 
 
 def _try(fn: Any, *a: Any) -> None:

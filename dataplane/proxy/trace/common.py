@@ -123,6 +123,29 @@ def _summarise(res: Any, flow: Flow, now: float) -> TraceResult:  # type: ignore
                        rules_evaluated=res.rules_evaluated)
 
 
+def flow_record(verdict: str, endpoints: list[str], masquerade: bool, rules_evaluated: int,
+                reject_with: str | None = None, reason: str = "") -> dict[str, Any]:
+    """One line of `proxy trace --packets` output (the same fields in every mode)."""
+    rec: dict[str, Any] = {"verdict": verdict, "endpoints": endpoints, "masquerade": masquerade,
+                           "rules_evaluated": rules_evaluated}
+    if reject_with:
+        rec["reject_with"] = reject_with
+    if reason:
+        rec["reason"] = reason
+    return rec
+
+
+def summary_record(summary: TraceResult) -> dict[str, Any]:
+    return flow_record(summary.verdict, summary.endpoints, summary.masquerade, summary.rules_evaluated,
+                       summary.reject_with, summary.reason)
+
+
+def branch_record(summary: TraceResult, probability: float) -> dict[str, Any]:
+    """One entry of `--all-branches`: an outcome and its probability."""
+    return {"probability": round(probability, 9), "verdict": summary.verdict,
+            "endpoints": summary.endpoints, "masquerade": summary.masquerade}
+
+
 def render_text(result: TraceResult, flow: Flow) -> str:
     """The human form: every rule tested, then verdict, NAT and the conntrack entry."""
     lines = [f"packet: {flow.proto.upper()} {flow.src}:{flow.sport} -> {flow.dst}:{flow.dport}"]

@@ -9,7 +9,8 @@ from typing import Any
 
 from dataplane.engine.node import Node
 from dataplane.engine.rng import SplitMixRandom
-from dataplane.proxy.trace.common import Flow, NodeSpec, TraceInputError, TraceResult, _summarise
+from dataplane.proxy.trace.common import (Flow, NodeSpec, TraceInputError, TraceResult, _summarise, branch_record,
+                                          flow_record)
 
 class ScriptedRandom(SplitMixRandom):
     """A stream whose 31-bit draws (statistic matches) follow a script of hits and misses.
@@ -92,8 +93,7 @@ def _branches(ruleset_text: str, spec: NodeSpec, flow: Flow, from_local: bool, s
             if k >= len(script) and hit and p < 1.0:
                 todo.append((*taken[:k], False))
         summary = _summarise(res, flow, pipe.clock.now())
-        out.append({"probability": round(prob, 9), "verdict": summary.verdict,
-                    "endpoints": summary.endpoints, "masquerade": summary.masquerade})
+        out.append(branch_record(summary, prob))
         if len(out) > max_branches:
             raise TraceInputError(f"more than {max_branches} branches; trace without --all-branches")
     out.sort(key=lambda b: (-b["probability"], b["endpoints"]))
@@ -124,11 +124,6 @@ def trace_flows(ruleset_text: str, spec: NodeSpec, flows: list[Flow], *, seed: i
     outcomes = run_new_flows(ruleset, spec.build(), metas, seed=seed)
     records = []
     for o in outcomes:
-        rec: dict[str, Any] = {"verdict": o.verdict.value, "endpoints": endpoint_text(o),
-                               "masquerade": o.masquerade, "rules_evaluated": o.rules_evaluated}
-        if o.reject_with:
-            rec["reject_with"] = o.reject_with
-        if o.reason:
-            rec["reason"] = o.reason
-        records.append(rec)
+        records.append(flow_record(o.verdict.value, endpoint_text(o), o.masquerade, o.rules_evaluated,
+                                   o.reject_with, o.reason))
     return records

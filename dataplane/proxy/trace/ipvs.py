@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataplane.proxy.trace.common import Flow, NodeSpec, TraceInputError, TraceResult, _summarise
+from dataplane.proxy.trace.common import Flow, NodeSpec, TraceInputError, TraceResult, _summarise, summary_record
 
 def _ipvs_node(layout: Any, spec: NodeSpec, seed: int):  # type: ignore[no-untyped-def]
     from dataplane.proxy.ipvs.pipeline import IpvsRulesError, ipvs_node
@@ -53,12 +53,7 @@ def trace_ipvs_flows(layout: Any, spec: NodeSpec, flows: list[Flow], *, seed: in
         if flow.proto == "sctp":
             raise TraceInputError("IPVS SCTP connection state is not modelled; trace tcp or udp")
         summary = _ipvs_summary(_ipvs_packet(node, spec, flow, False), node, flow)
-        rec: dict[str, Any] = {"verdict": summary.verdict, "endpoints": summary.endpoints,
-                               "masquerade": summary.masquerade, "rules_evaluated": summary.rules_evaluated}
-        if summary.reject_with:
-            rec["reject_with"] = summary.reject_with
-        if summary.reason:
-            rec["reason"] = summary.reason
+        rec = summary_record(summary)
         if with_rules:
             rec["rules"] = summary.rules
         records.append(rec)

@@ -8,7 +8,8 @@ from typing import Any
 
 from dataplane.engine.rng import SplitMixRandom
 from dataplane.engine.types import Hook
-from dataplane.proxy.trace.common import Flow, NodeSpec, TraceInputError, TraceResult, _summarise
+from dataplane.proxy.trace.common import (Flow, NodeSpec, TraceInputError, TraceResult, _summarise, branch_record,
+                                          summary_record)
 
 NUMGEN_SPAN = 1 << 32  # numgen random draws a u32 (get_random_u32)
 
@@ -127,8 +128,7 @@ def _nft_branches(evaluator: Any, spec: NodeSpec, flow: Flow, from_local: bool, 
             if k >= len(script):
                 todo.extend((*choices[:k], (mod, j)) for j in range(mod - 1, 0, -1))
         summary = _summarise(res, flow, pipe.clock.now())
-        out.append({"probability": round(prob, 9), "verdict": summary.verdict,
-                    "endpoints": summary.endpoints, "masquerade": summary.masquerade})
+        out.append(branch_record(summary, prob))
         if len(out) > max_branches:
             raise TraceInputError(f"more than {max_branches} branches; trace without --all-branches")
     out.sort(key=lambda b: (-b["probability"], b["endpoints"]))
@@ -149,11 +149,5 @@ def trace_nft_flows(ruleset_text: str, spec: NodeSpec, flows: list[Flow], *, see
         if with_rules:
             records.append(summary.as_json())
             continue
-        rec: dict[str, Any] = {"verdict": summary.verdict, "endpoints": summary.endpoints,
-                               "masquerade": summary.masquerade, "rules_evaluated": summary.rules_evaluated}
-        if summary.reject_with:
-            rec["reject_with"] = summary.reject_with
-        if summary.reason:
-            rec["reason"] = summary.reason
-        records.append(rec)
+        records.append(summary_record(summary))
     return records
